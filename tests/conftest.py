@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY_MODEL = "froster-test-tiny"
 
@@ -25,6 +28,22 @@ def register_tiny_model() -> str:
 
 
 register_tiny_model()
+
+
+class _RepoRootIsNotATestPackage:
+    """The repository root is the `froster` package (it has an __init__.py). pytest would collect it as a test
+    package and import that __init__.py a second time under the name of the checkout folder; collect it as a plain
+    directory instead, so every module is imported once, as `froster.*`."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if Path(path).resolve() == REPO_ROOT:
+            return pytest.Dir.from_parent(parent, path=Path(path))
+        return None
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_RepoRootIsNotATestPackage(), "froster-repo-root-is-a-dir")
 
 
 @pytest.fixture(autouse=True)
