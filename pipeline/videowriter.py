@@ -41,11 +41,11 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, 
     _, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise FrosterError(f"frame size must be even for yuv420p, got {w}x{h}")
-    encoder, _, options = CODECS[codec]
+    encoder, container_format, options = CODECS[codec]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", format=container_format) as container:
         stream = container.add_stream(encoder, rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "mpeg4":
