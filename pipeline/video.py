@@ -7,6 +7,7 @@ frame-exact on many files, so it is never used. Frames come back as uint8 ``[T, 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,16 @@ STATUS_UNPROBED = "unprobed"
 
 # decord is not safe to initialise concurrently from several threads on some builds.
 _DECORD_LOCK = threading.Lock()
+
+
+# decord prefixes its messages with "[HH:MM:SS] /its/source/file.cc:LINE: "; users need only the message.
+_DECORD_PREFIX = re.compile(r"\[\d{2}:\d{2}:\d{2}\]\s+\S+:\d+:\s*")
+
+
+def _clean_reason(error: Exception) -> str:
+    lines = [_DECORD_PREFIX.sub("", line).strip() for line in str(error).strip().splitlines()]
+    lines = [line for line in lines if line]
+    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 class VideoError(FrosterError):
@@ -77,8 +88,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         fps = float(reader.get_avg_fps())
         first = reader.get_batch([0, n - 1]).asnumpy()  # [2, H, W, 3]
     except Exception as e:  # decord raises DECORDError / RuntimeError for corrupt containers
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return VideoInfo(0, 0.0, 0, 0, st.st_size, st.st_mtime, STATUS_UNDECODABLE, msg[:300])
+        return VideoInfo(0, 0.0, 0, 0, st.st_size, st.st_mtime, STATUS_UNDECODABLE, _clean_reason(e))
     h, w = int(first.shape[1]), int(first.shape[2])
     return VideoInfo(n, fps, w, h, st.st_size, st.st_mtime, STATUS_OK)
 
@@ -94,12 +104,12 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) ->
     try:
         reader = _open(path)
     except Exception as e:
-        raise VideoError(f"{path}: cannot open video ({e})") from e
+        raise VideoError(f"{path}: cannot open video ({_clean_reason(e)})") from e
     n = len(reader)
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         raise VideoError(f"{path}: frame index {int(idx.max() if idx.max() >= n else idx.min())} outside [0, {n})")
     try:
         frames = reader.get_batch(idx.tolist()).asnumpy()  # [T, H, W, 3]
     except Exception as e:
-        raise VideoError(f"{path}: decoding frames failed ({e})") from e
+        raise VideoError(f"{path}: decoding frames failed ({_clean_reason(e)})") from e
     return np.ascontiguousarray(frames, dtype=np.uint8)
