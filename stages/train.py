@@ -473,7 +473,15 @@ def _autocast(device: str, precision: str):
 
 def run(config: TrainConfig) -> Path:
     """Train (or continue) the run(s) of ``config``; returns the run directory (the parent of every run's directory
-    for ``--run all``)."""
+    for ``--run all``). Under torchrun (``torchrun --nproc-per-node N -m froster.cli train ...``) every process runs
+    this; rank 0 alone writes the run directory."""
+    from froster.pipeline.distributed import DistEnv
+
+    with DistEnv.from_env(config.device) as env:
+        return _run(config, env)
+
+
+def _run(config: TrainConfig, env) -> Path:
     config = _resolved_paths(config)
     if config.resume is not None:
         config = _resumed_config(config)
@@ -485,9 +493,9 @@ def run(config: TrainConfig) -> Path:
         protocol = load_protocol(config.protocol, check_manifests=False)
         for spec in protocol.runs:
             log.info("protocol %s: run %s", Path(config.protocol).name, spec.name)
-            _train_one(replace(config, run=spec.name, out=config.out / spec.name))
+            _train_one(replace(config, run=spec.name, out=config.out / spec.name), env)
         return config.out
-    return _train_one(config)
+    return _train_one(config, env)
 
 
 def _resumed_config(config: TrainConfig) -> TrainConfig:
@@ -510,10 +518,11 @@ def _resumed_config(config: TrainConfig) -> TrainConfig:
     return replace(saved, out=run_dir, resume=run_dir, **runtime)
 
 
-def _train_one(config: TrainConfig) -> Path:
+def _train_one(config: TrainConfig, env) -> Path:
     """Validate inputs -> set up -> the loop -> final outputs, for one run directory."""
     from froster import __version__
     from froster.pipeline import checkpoints as ck
+    from froster.pipeline.distributed import barrier, run_on_main
 
     run_dir = Path(config.out)
     # ---- validate inputs (everything is refused before any step) ----
@@ -523,11 +532,13 @@ def _train_one(config: TrainConfig) -> Path:
     _check_teacher_options(config, provenance, store_path)
     selection = _select(config, store, store_path)
     _check_video_files(store, store_path, selection.items, config.video_root)
-    steps_per_epoch = len(selection.items) // (config.batch_size * config.grad_accum)
+    # The global step: batch_size clips x grad_accum micro-batches on each of W processes.
+    steps_per_epoch = len(selection.items) // (config.batch_size * config.grad_accum * env.world_size)
     if steps_per_epoch == 0:
         raise FrosterError(
             f"{selection.source}: {len(selection.items)} training videos, fewer than one optimizer step's "
-            f"--batch-size {config.batch_size} x --grad-accum {config.grad_accum}; lower them"
+            f"--batch-size {config.batch_size} x --grad-accum {config.grad_accum} x {env.world_size} process(es); "
+            f"lower them"
         )
     val_store = None
     if config.val_cache is not None:
@@ -541,7 +552,19 @@ def _train_one(config: TrainConfig) -> Path:
     if config.device == "cuda" and not torch.cuda.is_available():
         raise FrosterError("--device cuda: torch finds no CUDA device here")
 
-    state, resume_payload = _run_dir_state(config, run_dir)
+    # Rank 0 alone inspects (and below, writes) the run directory; the others get its verdict, or its error, and read
+    # the checkpoint themselves (a checkpoint is too big to broadcast as a pickle).
+    inspected: dict = {}
+
+    def inspect() -> str:
+        inspected["state"], inspected["payload"] = _run_dir_state(config, run_dir, env.world_size)
+        return inspected["state"]
+
+    state = run_on_main(inspect, env)
+    if env.is_main:
+        resume_payload = inspected["payload"]
+    else:
+        resume_payload = ck.load_checkpoint(run_dir / CHECKPOINT_DIR / LAST_FILE) if state == "resume" else None
     if state == "finished":
         log.info("%s: the run is finished (%s exists); nothing to do", run_dir, FINAL_FILE)
         return run_dir
@@ -569,7 +592,8 @@ def _train_one(config: TrainConfig) -> Path:
     derived = {
         "steps_per_epoch": steps_per_epoch,
         "total_steps": steps_per_epoch * config.epochs,
-        "global_batch": config.batch_size * config.grad_accum,
+        "global_batch": config.batch_size * config.grad_accum * env.world_size,
+        "world_size": env.world_size,
         "videos": len(selection.items),
         "classes": len(selection.vocabulary),
         "vocabulary": selection.vocabulary,
@@ -579,20 +603,23 @@ def _train_one(config: TrainConfig) -> Path:
         "precision": config.resolved_precision,
         "froster_version": __version__,
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
-    if state == "fresh":
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
-    _write_json_atomic(run_dir / CONFIG_FILE, {"config": replace(config, resume=None).to_json(), "derived": derived})
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
+        if state == "fresh":
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        _write_json_atomic(run_dir / CONFIG_FILE, {"config": replace(config, resume=None).to_json(),
+                                                   "derived": derived})
 
     _fit(
         config, run_dir, store, store_path, selection, loaded, student, heads, teacher,
-        steps_per_epoch, resume_payload, val_store, meta_args,
+        steps_per_epoch, resume_payload, val_store, meta_args, env,
     )
+    barrier(env)  # no process returns before rank 0 has written the outputs
     return run_dir
 
 
-def _run_dir_state(config: TrainConfig, run_dir: Path) -> tuple[str, Optional[dict]]:
+def _run_dir_state(config: TrainConfig, run_dir: Path, world_size: int = 1) -> tuple[str, Optional[dict]]:
     """(fresh | resume | finished, the checkpoint to resume from). An existing run with another config is refused,
     naming what differs."""
     cfg = run_dir / CONFIG_FILE
@@ -609,6 +636,11 @@ def _run_dir_state(config: TrainConfig, run_dir: Path) -> tuple[str, Optional[di
     if diffs:
         raise FrosterError(f"{run_dir} holds a run with other settings: " + "; ".join(diffs)
                            + ". Choose another --out, or delete the folder to start over")
+    saved_world = json.loads(cfg.read_text(encoding="utf-8")).get("derived", {}).get("world_size", 1)
+    if saved_world != world_size and last.is_file():
+        # steps per epoch and the clips each step sees depend on the number of processes
+        raise FrosterError(f"{run_dir} was trained with {saved_world} process(es); continue it with {saved_world} "
+                           f"(torchrun --nproc-per-node {saved_world}), not {world_size}")
     if (run_dir / FINAL_FILE).is_file() and not last.is_file():
         return "finished", None
     if last.is_file():
@@ -654,9 +686,18 @@ def _fit(
     resume_payload: Optional[dict],
     val_store,
     meta_args: dict,
+    env,
 ) -> None:
-    """The training loop, written out: epochs of optimizer steps of ``grad_accum`` micro-batches."""
+    """The training loop, written out: epochs of optimizer steps of ``grad_accum`` micro-batches.
+
+    With W processes each takes its contiguous share of every global step's clips (``RankBatches``) and encodes its
+    share of the step's prompts (``encode_prompts_sharded``); each rank's loss is the mean over its own clips and the
+    gradients are averaged over ranks (``average_gradients``): exactly one process's gradient on the whole step
+    (pipeline/distributed.py). Rank 0 alone writes metrics and checkpoints."""
     from froster.pipeline import checkpoints as ck
+    from froster.pipeline.distributed import (
+        RankBatches, average_gradients, broadcast_parameters, encode_prompts_sharded, reduce_scalars,
+    )
     from froster.pipeline.losses import froster_loss, video_logits
     from froster.pipeline.optim import lr_at, param_groups
     from froster.pipeline.text import class_embeddings, encode_text_trimmed, tokenize, training_prompt_rows
@@ -695,9 +736,13 @@ def _fit(
         average = resume_payload.get("average") or None
         if average is not None and average.get("count", 0) == 0:
             average = None
-        dropped = _truncate_metrics(run_dir / METRICS_FILE, step, int(resume_payload["epoch"]))
+        dropped = _truncate_metrics(run_dir / METRICS_FILE, step, int(resume_payload["epoch"])) if env.is_main else 0
         log.info("resumed at step %d of %d (dropped %d metrics lines written after that checkpoint)", step,
                  total_steps, dropped)
+
+    # Identical weights on every rank from the first step (cheap insurance; building them is deterministic on CPU).
+    broadcast_parameters(student, env)
+    broadcast_parameters(heads, env)
 
     dataset = StoreViews(
         store_path, selection.items, seed=config.seed, num_views=store.num_views, image_size=loaded.image_size,
@@ -719,13 +764,14 @@ def _fit(
             "meta": ck.make_meta(**meta_args, epoch=epoch_done, kind="last"),
         }
 
-    progress = _Progress(config.progress, total_steps, step)
+    progress = _Progress(config.progress and env.is_main, total_steps, step)
     with progress:
         for epoch in range(step // steps_per_epoch, config.epochs):
             skip = step - epoch * steps_per_epoch
             loader = torch.utils.data.DataLoader(
                 dataset,
-                batch_sampler=EpochBatchSampler(len(dataset), step_batch, config.seed, epoch, skip_batches=skip),
+                batch_sampler=RankBatches(EpochBatchSampler(len(dataset), step_batch * env.world_size, config.seed, epoch,
+                                                            skip_batches=skip), env),
                 num_workers=config.num_workers,
                 worker_init_fn=worker_init,
                 pin_memory=(device == "cuda"),
@@ -748,13 +794,15 @@ def _fit(
                 rows = training_prompt_rows(prompts.template_index, prompts.description_index, template, description)
                 step_tokens = tokens[rows].reshape(2 * K, -1).to(device)  # [2K, L]: templated then bare
                 with _autocast(device, precision):
-                    prompt_emb = student(tokens=step_tokens)[1].float().reshape(2, K, -1)  # [2, K, D]
+                    prompt_emb = encode_prompts_sharded(lambda t: student(tokens=t)[1], step_tokens, env)  # [2K, D]
+                prompt_emb = prompt_emb.float().reshape(2, K, -1)  # [2, K, D]
                 class_emb = class_embeddings(prompt_emb)  # [K, D]
                 if teacher is None:
                     target_classes = class_embeddings(text_targets[rows].to(device))  # [K, D]
                 else:
                     with torch.no_grad(), _autocast(device, precision):
-                        t_emb = encode_text_trimmed(teacher, step_tokens).float().reshape(2, K, -1)
+                        t_emb = encode_prompts_sharded(lambda t: encode_text_trimmed(teacher, t), step_tokens, env)
+                    t_emb = t_emb.float().reshape(2, K, -1)  # [2, K, D]
                     target_classes = class_embeddings(t_emb)  # [K, D]
                 # The text tower runs once per step: the micro-batches backpropagate into a leaf copy of the class
                 # embeddings, whose accumulated gradient then flows through the text tower in one backward.
@@ -782,6 +830,7 @@ def _fit(
                     for k in terms_sum:
                         terms_sum[k] += float(terms[k].detach()) / config.grad_accum
                 class_emb.backward(class_leaf.grad)
+                average_gradients(params, env)  # before unscale_: an inf on one rank reaches all, all skip the step
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 scaler.step(optimizer)
@@ -789,15 +838,17 @@ def _fit(
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 n_steps += 1
+                terms_sum = reduce_scalars(terms_sum, env)  # each rank's mean over its clips -> the whole step's
                 for k in sums:
                     sums[k] += terms_sum[k]
                 record = {"type": "step", "step": step, "epoch": epoch + 1, "lr": lr, "template": template,
                           **{k: terms_sum[k] for k in sums}}
                 if description >= 0:
                     record["description"] = description
-                _append_metrics(run_dir / METRICS_FILE, record)
+                if env.is_main:
+                    _append_metrics(run_dir / METRICS_FILE, record)
                 progress.advance(step, terms_sum["total"], lr)
-                if config.save_every and step % config.save_every == 0 and step % steps_per_epoch != 0:
+                if env.is_main and config.save_every and step % config.save_every == 0 and step % steps_per_epoch != 0:
                     ck.save_checkpoint(run_dir / CHECKPOINT_DIR / LAST_FILE, training_state(epoch))
 
             # end of epoch: weight average, validation, checkpoints
@@ -808,8 +859,10 @@ def _fit(
             record = {"type": "epoch", "epoch": epoch_no, "step": step,
                       **{k: v / max(n_steps, 1) for k, v in sums.items()}}
             if val_store is not None:
-                record["val_top1"] = _validate(student, val_store, config, loaded)
+                record["val_top1"] = _validate(student, val_store, config, loaded, env)
                 student.train()
+            if not env.is_main:
+                continue
             _append_metrics(run_dir / METRICS_FILE, record)
             log.info("epoch %d/%d: loss %.4f%s", epoch_no, config.epochs, record["total"],
                      f", val top-1 {record['val_top1']:.2f}" if "val_top1" in record else "")
@@ -819,6 +872,8 @@ def _fit(
             ck.save_checkpoint(run_dir / CHECKPOINT_DIR / LAST_FILE, state)
 
     # ---- outputs ----
+    if not env.is_main:
+        return
     model_sd = student.state_dict()
     heads_sd = {n: h.state_dict() for n, h in heads.items()}
     ck.save_checkpoint(run_dir / FINAL_FILE, ck.weights_payload(
@@ -835,9 +890,11 @@ def _fit(
     log.info("run directory %s", run_dir)
 
 
-def _validate(student, val_store, config: TrainConfig, loaded) -> float:
+def _validate(student, val_store, config: TrainConfig, loaded, env) -> float:
     """Top-1 (%) of ``student`` on every done video of ``val_store``, its own vocabulary, all its prompts (class
-    embedding = normalised mean of all P prompts, as the release tests) and views (logits summed)."""
+    embedding = normalised mean of all P prompts, as the release tests) and views (logits summed). With W processes
+    each encodes 1/W of the prompts and scores every W-th video; the counts are summed."""
+    from froster.pipeline.distributed import encode_prompts_sharded, reduce_scalars
     from froster.pipeline.losses import video_logits
     from froster.pipeline.text import class_embeddings, encode_text_trimmed, tokenize
     from froster.pipeline.trainer_data import StoreViews, TrainItem, video_paths
@@ -852,6 +909,8 @@ def _validate(student, val_store, config: TrainConfig, loaded) -> float:
     paths = video_paths(m.column("path"), m.video_root)
     labels = m.column("label")
     items = [TrainItem(row=r, label=labels[r], path=paths[r]) for r in rows]
+    total_items = len(items)
+    items = items[env.rank :: env.world_size]
     V = val_store.num_views
     dataset = StoreViews(val_store.path, items, seed=config.seed, num_views=V, image_size=loaded.image_size,
                          mean=loaded.mean, std=loaded.std, with_features=False)
@@ -862,7 +921,8 @@ def _validate(student, val_store, config: TrainConfig, loaded) -> float:
     correct = 0
     with torch.no_grad(), _autocast(device, precision):
         texts = [t for row in prompts.texts for t in row]
-        emb = encode_text_trimmed(student.clip, tokenize(loaded.tokenizer, texts).to(device), max_batch=1024)
+        emb = encode_prompts_sharded(lambda t: encode_text_trimmed(student.clip, t, max_batch=1024),
+                                     tokenize(loaded.tokenizer, texts).to(device), env)
         classes = class_embeddings(emb.float().reshape(prompts.num_prompts, prompts.num_classes, -1))  # [C, D]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers,
                                              pin_memory=(device == "cuda"))
@@ -872,7 +932,8 @@ def _validate(student, val_store, config: TrainConfig, loaded) -> float:
             logits = logits.reshape(-1, V, logits.shape[-1]).sum(dim=1)  # [b, C]: the release sums the views
             truth = batch["label"].reshape(-1, V)[:, 0].to(device)
             correct += int((logits.argmax(dim=-1) == truth).sum())
-    return 100.0 * correct / len(items)
+    correct = reduce_scalars({"correct": correct}, env, op="sum")["correct"]
+    return 100.0 * correct / total_items
 
 
 class _Progress:
