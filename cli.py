@@ -467,6 +467,13 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) | cuda."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto (fp32 on cpu, bf16 autocast on cuda; "
                                             "default) | fp32 | bf16 | fp16 (with a gradient scaler)."),
+    grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing",
+                                                      help="Recompute each transformer block's activations in the "
+                                                      "backward pass: less memory, more compute, same results "
+                                                      "(default off)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate, build everything, run one optimizer step on "
+                                 "the first batch and print its peak memory (per process under torchrun); write "
+                                 "nothing."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar on stderr."),
 ) -> None:
     """Train the student (clip or vclip) from the teacher's weights with CE plus residual feature distillation
@@ -479,6 +486,8 @@ def train(
 
     Example: froster train --cache cache/hmdb51_train1.zarr --protocol protocols/hmdb51_b2n.toml --run all
     --batch-size 4 --grad-accum 8
+
+    Memory check first: froster train --cache cache/k400.zarr --batch-size 8 --device cuda --dry-run
     """
     from froster.stages.train import TrainConfig, run
 
@@ -489,10 +498,12 @@ def train(
         warmup_epochs=warmup_epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, lr_factor=lr_factor,
         weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, save_every=save_every, average_from=average_from,
         resume=resume, init_from=init_from, val_cache=val_cache, num_workers=num_workers, device=device,
-        precision=precision,
+        precision=precision, grad_checkpointing=grad_checkpointing,
     )
     # Only the options given reach the config: its defaults (each citing its source) are the single place they live.
-    config = lambda: TrainConfig(progress=progress, **{k: v for k, v in given.items() if v is not None})  # noqa: E731
+    config = lambda: TrainConfig(progress=progress, dry_run=dry_run,  # noqa: E731
+                                 **{k: v for k, v in given.items() if v is not None})
+    # The run directory, or with --dry-run the step's memory line (a DryRun, one per process under torchrun).
     typer.echo(str(_call(lambda: run(config()))))
 
 

@@ -13,6 +13,11 @@ Writes a run directory::
 
     froster train --cache cache/k400.zarr --epochs 22 --batch-size 8 --grad-accum 8
     froster train --cache cache/hmdb51.zarr --protocol protocols/hmdb51-b2n.toml --run all
+    froster train --cache cache/k400.zarr --batch-size 8 --device cuda --dry-run   # one step's peak memory
+
+``--dry-run`` validates everything, builds the student, heads and optimizer, runs exactly one full optimizer step on
+the first batch and reports that step's peak memory (CUDA: the device's peak allocated memory; CPU: the process's peak
+RSS), writing nothing.
 
 The loss (paper Eq. 7, 8; release ``train_net.py``), per optimizer step, with one template index t drawn for all
 classes (seeded by (seed, step)):
@@ -37,6 +42,8 @@ import json
 import logging
 import math
 import os
+import resource
+import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -63,7 +70,8 @@ NUM_TEMPLATES = 28  # the release draws index = random.randint(0, 27) per step (
 ADAM_BETAS = (0.9, 0.999)  # release SOLVER (AdamW), issue 4
 ADAM_EPS = 1e-8  # release SOLVER, issue 4
 # Fields that do not change what a run computes: they may differ when a run is resumed.
-RUNTIME_FIELDS = frozenset({"out", "resume", "num_workers", "progress", "video_root", "val_cache"})
+RUNTIME_FIELDS = frozenset({"out", "resume", "num_workers", "progress", "video_root", "val_cache",
+                            "grad_checkpointing", "dry_run"})
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,9 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda
     precision: str = "auto"  # auto (fp32 on cpu, bf16 autocast on cuda) | fp32 | bf16 | fp16 (with a GradScaler)
     progress: bool = True  # progress bar on stderr
+    grad_checkpointing: bool = False  # recompute each block's activations in backward: trades compute for activation
+    #                                   memory, same results (issue 5)
+    dry_run: bool = False  # one optimizer step on the first batch, report its peak memory, write nothing (issue 5)
 
     def __post_init__(self):
         def choice(name: str, allowed: Sequence[str]):
@@ -468,20 +479,49 @@ def _autocast(device: str, precision: str):
     return contextlib.nullcontext()
 
 
+@dataclass(frozen=True)
+class DryRun:
+    """What ``--dry-run`` measured: one optimizer step of one process. ``str()`` is the line the CLI prints."""
+
+    batch_size: int  # B clips per micro-batch
+    grad_accum: int  # micro-batches in the step
+    frames: int  # T
+    classes: int  # K
+    peak_mib: float  # CUDA: peak allocated on this process's device; CPU: the process's peak RSS
+    device: str  # cpu | cuda:N
+    rank: int
+    world_size: int
+    run_dir: Path  # the run directory a real run would write (not created)
+
+    def __str__(self) -> str:
+        accum = f" x {self.grad_accum} micro-batches" if self.grad_accum > 1 else ""
+        what = "process RSS" if self.device == "cpu" else "max allocated"
+        rank = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
+        return (f"{rank}dry run: 1 step, batch {self.batch_size} x {self.frames} frames{accum}, {self.classes} "
+                f"classes, peak memory {self.peak_mib:.1f} MiB on {self.device} ({what})")
+
+
+def _peak_rss_mib() -> float:
+    """The process's peak resident set size so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
 # ---- run -----------------------------------------------------------------------------------------------------------
 
 
-def run(config: TrainConfig) -> Path:
+def run(config: TrainConfig) -> Path | DryRun:
     """Train (or continue) the run(s) of ``config``; returns the run directory (the parent of every run's directory
     for ``--run all``). Under torchrun (``torchrun --nproc-per-node N -m froster.cli train ...``) every process runs
-    this; rank 0 alone writes the run directory."""
+    this; rank 0 alone writes the run directory. With ``dry_run`` nothing is written and each process returns its
+    own ``DryRun`` (for ``--run all``, the run with the highest peak; every run's is logged)."""
     from froster.pipeline.distributed import DistEnv
 
     with DistEnv.from_env(config.device) as env:
         return _run(config, env)
 
 
-def _run(config: TrainConfig, env) -> Path:
+def _run(config: TrainConfig, env) -> Path | DryRun:
     config = _resolved_paths(config)
     if config.resume is not None:
         config = _resumed_config(config)
@@ -491,9 +531,12 @@ def _run(config: TrainConfig, env) -> Path:
         from froster.pipeline.protocols import load_protocol
 
         protocol = load_protocol(config.protocol, check_manifests=False)
+        reports = []
         for spec in protocol.runs:
             log.info("protocol %s: run %s", Path(config.protocol).name, spec.name)
-            _train_one(replace(config, run=spec.name, out=config.out / spec.name), env)
+            reports.append(_train_one(replace(config, run=spec.name, out=config.out / spec.name), env))
+        if config.dry_run:
+            return max(reports, key=lambda r: r.peak_mib)
         return config.out
     return _train_one(config, env)
 
@@ -518,8 +561,9 @@ def _resumed_config(config: TrainConfig) -> TrainConfig:
     return replace(saved, out=run_dir, resume=run_dir, **runtime)
 
 
-def _train_one(config: TrainConfig, env) -> Path:
-    """Validate inputs -> set up -> the loop -> final outputs, for one run directory."""
+def _train_one(config: TrainConfig, env) -> Path | DryRun:
+    """Validate inputs -> set up -> the loop -> final outputs, for one run directory (or, with ``dry_run``, one step
+    and its ``DryRun`` report, nothing written)."""
     from froster import __version__
     from froster.pipeline import checkpoints as ck
     from froster.pipeline.distributed import barrier, run_on_main
@@ -565,7 +609,9 @@ def _train_one(config: TrainConfig, env) -> Path:
         resume_payload = inspected["payload"]
     else:
         resume_payload = ck.load_checkpoint(run_dir / CHECKPOINT_DIR / LAST_FILE) if state == "resume" else None
-    if state == "finished":
+    if config.dry_run:
+        resume_payload = None  # a dry run measures a first step from the starting weights, whatever is on disk
+    elif state == "finished":
         log.info("%s: the run is finished (%s exists); nothing to do", run_dir, FINAL_FILE)
         return run_dir
     init_payload = ck.load_checkpoint(config.init_from) if config.init_from is not None and state == "fresh" else None
@@ -577,7 +623,9 @@ def _train_one(config: TrainConfig, env) -> Path:
     from froster.pipeline.students import create_student
 
     options = {"edge": config.vclip_edge} if config.student == "vclip" else {}
-    student = create_student(config.student, loaded.model, store.num_frames, **options)
+    # Not part of meta_args' options: checkpointing changes memory, not the weights a checkpoint holds.
+    student = create_student(config.student, loaded.model, store.num_frames, **options,
+                             grad_checkpointing=config.grad_checkpointing)
     dim = store.dim
     torch.manual_seed(config.seed)  # the heads' Kaiming init
     heads = torch.nn.ModuleDict({
@@ -603,6 +651,11 @@ def _train_one(config: TrainConfig, env) -> Path:
         "precision": config.resolved_precision,
         "froster_version": __version__,
     }
+    if config.dry_run:
+        return _fit(
+            config, run_dir, store, store_path, selection, loaded, student, heads, teacher,
+            steps_per_epoch, None, None, meta_args, env,
+        )
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
@@ -687,8 +740,10 @@ def _fit(
     val_store,
     meta_args: dict,
     env,
-) -> None:
-    """The training loop, written out: epochs of optimizer steps of ``grad_accum`` micro-batches.
+) -> Optional[DryRun]:
+    """The training loop, written out: epochs of optimizer steps of ``grad_accum`` micro-batches. With
+    ``config.dry_run`` it returns after the first optimizer step, before writing anything, with that step's peak
+    memory.
 
     With W processes each takes its contiguous share of every global step's clips (``RankBatches``) and encodes its
     share of the step's prompts (``encode_prompts_sharded``); each rank's loss is the mean over its own clips and the
@@ -764,7 +819,7 @@ def _fit(
             "meta": ck.make_meta(**meta_args, epoch=epoch_done, kind="last"),
         }
 
-    progress = _Progress(config.progress and env.is_main, total_steps, step)
+    progress = _Progress(config.progress and env.is_main and not config.dry_run, total_steps, step)
     with progress:
         for epoch in range(step // steps_per_epoch, config.epochs):
             skip = step - epoch * steps_per_epoch
@@ -784,6 +839,11 @@ def _fit(
                         n_steps += 1
                         for k in sums:
                             sums[k] += rec[k]
+            if config.dry_run:  # the step's peak: weights are already on the device, so they count
+                rss_before = _peak_rss_mib()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
             for batch in loader:
                 # one optimizer step: the step's prompts, then grad_accum micro-batches
                 lr = lr_at(step, steps_per_epoch, config.epochs, config.lr, config.warmup_epochs,
@@ -836,6 +896,8 @@ def _fit(
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
+                if config.dry_run:
+                    return _dry_run_report(config, store.num_frames, K, run_dir, env, rss_before)
                 step += 1
                 n_steps += 1
                 terms_sum = reduce_scalars(terms_sum, env)  # each rank's mean over its clips -> the whole step's
@@ -888,6 +950,21 @@ def _fit(
         log.info("averaged.pt: uniform mean of the weights at the end of epochs %d..%d (%d)", config.average_from,
                  config.epochs, average["count"])
     log.info("run directory %s", run_dir)
+
+
+def _dry_run_report(config: TrainConfig, frames: int, K: int, run_dir: Path, env, rss_before: float) -> DryRun:
+    if config.device == "cuda":
+        torch.cuda.synchronize()
+        peak, where = torch.cuda.max_memory_allocated() / 2**20, f"cuda:{torch.cuda.current_device()}"
+    else:
+        peak, where = _peak_rss_mib(), "cpu"
+    report = DryRun(batch_size=config.batch_size, grad_accum=config.grad_accum, frames=frames, classes=K,
+                    peak_mib=peak, device=where, rank=env.rank, world_size=env.world_size, run_dir=run_dir)
+    log.info("%s", report)  # every rank logs its own device's peak
+    if where == "cpu":
+        log.info("rank %d: the step raised the process peak RSS by %.1f MiB (from %.1f MiB)", env.rank,
+                 peak - rss_before, rss_before)
+    return report
 
 
 def _validate(student, val_store, config: TrainConfig, loaded, env) -> float:
