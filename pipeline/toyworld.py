@@ -47,6 +47,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from froster.pipeline.errors import ConfigError, FrosterError
+from froster.pipeline.prompts import PREFIXES, SUFFIXES, TEMPLATES
 
 logger = logging.getLogger(__name__)
 
@@ -84,18 +85,8 @@ ROLE_NOVEL_UNSEEN = "novel_unseen"  # an object whose shape never appears in a b
 
 _MOTION_INDEX = {m: (p, k) for p, pair in enumerate(MOTION_PAIRS) for k, m in enumerate(pair)}
 
-# Caption wrappers in the wording of the release's 28 class-prompt templates (4 prefixes x 7 suffixes), so the toy
-# teacher learns that these words carry no meaning and the templated class prompts of stage one stay readable.
-_TEMPLATE_PREFIXES = ("a photo of", "a video of", "a example of", "a demonstration of")
-_TEMPLATE_SUFFIXES = (
-    "{}.",
-    "a person {}.",
-    "a person using {}.",
-    "a person doing {}.",
-    "a person during {}.",
-    "a person performing {}.",
-    "a person practicing {}.",
-)
+# Caption wrappers are the release's 28 class-prompt templates (pipeline/prompts.py), so the toy teacher learns that
+# these words carry no meaning and the templated class prompts of stage one stay readable.
 _EMPTY_CAPTION = "an empty background"
 
 
@@ -829,13 +820,13 @@ def _sample_captions(
         cap[~keep[:, j], col] = -1
     article = rng.random(n) < 0.5
     templated = rng.random(n) < template_prob
-    pre = rng.integers(0, len(_TEMPLATE_PREFIXES), n)
-    suf = rng.integers(0, len(_TEMPLATE_SUFFIXES), n)
+    pre = rng.integers(0, len(PREFIXES), n)
+    suf = rng.integers(0, len(SUFFIXES), n)
     texts = []
     for i in range(n):
         core = _EMPTY_CAPTION if empty[i] else _caption(cap[i], bool(article[i]))
         if templated[i]:
-            core = f"{_TEMPLATE_PREFIXES[pre[i]]} {_TEMPLATE_SUFFIXES[suf[i]].format(core)}"
+            core = f"{PREFIXES[pre[i]]} {SUFFIXES[suf[i]].format(core)}"
         texts.append(core)
     return texts, cap, empty.copy()
 
@@ -1111,8 +1102,8 @@ def evaluate_toy_teacher(model, tokenizer, image_size: int, frames: int = 2000, 
     names = [f"{_COLOUR_NAMES[c]} {SHAPES[s]}" for c, s in objects]
     obj_txt = _encode_texts(model, tokenizer([f"a {n}" for n in names]))  # [48, D]
     metrics["object"] = float(((img @ obj_txt.T).argmax(1).numpy() == truth).mean())
-    prompts = [f"{p} {s.format(n)}" for n in names for p in _TEMPLATE_PREFIXES for s in _TEMPLATE_SUFFIXES] + names
-    per = len(_TEMPLATE_PREFIXES) * len(_TEMPLATE_SUFFIXES)
+    prompts = [t.format(n) for n in names for t in TEMPLATES] + names
+    per = len(TEMPLATES)
     t = _encode_texts(model, tokenizer(prompts))  # [48 * 28 + 48, D]
     templated = t[: len(names) * per].view(len(names), per, -1)  # [48, 28, D]
     cls_emb = torch.cat([templated, t[len(names) * per :, None]], dim=1).mean(1)  # [48, D]
