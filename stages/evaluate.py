@@ -40,11 +40,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from froster.pipeline.errors import ConfigError, FrosterError
+from froster.pipeline.precision import check_device_precision, resolve_precision
+from froster.pipeline.precision import autocast as _autocast
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROTOCOLS_DIR = Path("protocols")  # where `--protocol NAME` looks for NAME.toml
 CHECKPOINT_FILES = {"last": "final.pt", "averaged": "averaged.pt"}  # ARCHITECTURE.md, run directory
 METHODS = ("teacher", "tuned", "ensemble")
@@ -86,12 +86,7 @@ class EvaluateConfig:
                 raise ConfigError("--store, --run-checkpoint and --runs belong to --protocol, not --cache")
         elif self.checkpoint is not None:
             raise ConfigError("--checkpoint belongs to --cache; with --protocol use --run-checkpoint RUN=FILE or --runs")
-        if self.device not in DEVICES:
-            raise ConfigError(f"--device: expected one of {', '.join(DEVICES)}, found {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision: expected one of {', '.join(PRECISIONS)}, found {self.precision!r}")
-        if self.device == "cpu" and self.precision in ("bf16", "fp16"):
-            raise ConfigError(f"--precision {self.precision}: autocast is only used on --device cuda")
+        check_device_precision(self.device, self.precision)
         for name, minimum in (("batch_size", 1), ("workers", 0), ("text_batch", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -104,9 +99,7 @@ class EvaluateConfig:
 
     @property
     def resolved_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        return "bf16" if self.device == "cuda" else "fp32"
+        return resolve_precision(self.device, self.precision)
 
 
 # ---- what is evaluated ----
@@ -421,16 +414,6 @@ class _Clips:
             pixels = torch.zeros(V, T, 3, self.size, self.size)
             error = str(e)
         return {"index": i, "pixels": pixels, "error": error}
-
-
-def _autocast(device: str, precision: str):
-    import contextlib
-
-    import torch
-
-    if device == "cuda" and precision in ("bf16", "fp16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
 
 
 def _tuned_classifier(student, tokenizer, store, device: str, precision: str, batch: int) -> np.ndarray:

@@ -32,12 +32,12 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from froster.pipeline.errors import ConfigError, FrosterError
+from froster.pipeline.precision import check_device_precision, resolve_precision
+from froster.pipeline.precision import autocast as _autocast
 
 log = logging.getLogger(__name__)
 
 VIEW_MODES = ("auto", "train", "test")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICES = ("cpu", "cuda")
 DEFAULT_TRAIN_VIEWS = 4  # the brief's V for training splits
 DEFAULT_TEST_CLIPS = 3  # the paper's 3 clips x 1 crop at test
 # Zarr's I/O concurrency inside a dask worker process: several workers share the disk (zarr docs, performance).
@@ -95,12 +95,7 @@ class ExtractConfig:
             raise ConfigError(f"--target-fps: expected a number > 0, found {self.target_fps!r}")
         if self.view_mode not in VIEW_MODES:
             raise ConfigError(f"--view-mode: expected one of {', '.join(VIEW_MODES)}, found {self.view_mode!r}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"--device: expected one of {', '.join(DEVICES)}, found {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision: expected one of {', '.join(PRECISIONS)}, found {self.precision!r}")
-        if self.device == "cpu" and self.precision in ("bf16", "fp16"):
-            raise ConfigError(f"--precision {self.precision}: autocast is only used on --device cuda")
+        check_device_precision(self.device, self.precision)
         if (self.manifest is None) == (self.annotations is None):
             raise ConfigError("give either --manifest FILE or the annotation options (e.g. --annotations), not both")
         if self.workers and self.scheduler:
@@ -116,9 +111,7 @@ class ExtractConfig:
 
     @property
     def resolved_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        return "bf16" if self.device == "cuda" else "fp32"
+        return resolve_precision(self.device, self.precision)
 
 
 # ---- what a worker needs: small, picklable descriptions of the work ----
@@ -328,16 +321,6 @@ def _cached_teacher(compute: Compute):
 
 
 # ---- the work ----
-
-
-def _autocast(device: str, precision: str):
-    import contextlib
-
-    import torch
-
-    if device == "cuda" and precision in ("bf16", "fp16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
 
 
 def encode_text_features(loaded, texts: Sequence[Sequence[str]], device: str, precision: str, batch: int = 256):

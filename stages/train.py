@@ -36,7 +36,6 @@ final weights equal an uninterrupted run's; metrics lines after the checkpoint a
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -54,6 +53,8 @@ import torch
 import torch.nn.functional as F
 
 from froster.pipeline.errors import ConfigError, FrosterError
+from froster.pipeline.precision import DEVICES, PRECISIONS, check_device_precision, resolve_precision
+from froster.pipeline.precision import autocast as _autocast
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ TEACHER_MODES = ("cached", "online")
 DISTANCES = ("cosine", "l2")
 DISTILL_KINDS = ("none", "fd", "fd-mlp", "rfd")
 DISTILL_ON = ("vision", "text", "both")
-DEVICES = ("cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ALL_RUNS = "all"
 NUM_TEMPLATES = 28  # the release draws index = random.randint(0, 27) per step (release notes section 4)
 ADAM_BETAS = (0.9, 0.999)  # release SOLVER (AdamW), issue 4
@@ -161,14 +160,11 @@ class TrainConfig:
             raise ConfigError(f"--protocol {self.protocol}: give --run NAME (one of its runs) or --run all")
         if self.resume is not None and self.init_from is not None:
             raise ConfigError("--resume continues a run with its own weights; --init-from starts a new one: not both")
-        if self.device == "cpu" and self.precision in ("bf16", "fp16"):
-            raise ConfigError(f"--precision {self.precision}: autocast is only used with --device cuda")
+        check_device_precision(self.device, self.precision)
 
     @property
     def resolved_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        return "bf16" if self.device == "cuda" else "fp32"
+        return resolve_precision(self.device, self.precision)
 
     def to_json(self) -> dict:
         return {f.name: (str(v) if isinstance(v, Path) else v) for f in fields(self) for v in [getattr(self, f.name)]}
@@ -471,12 +467,6 @@ def step_prompt_choice(seed: int, step: int, num_descriptions: int) -> tuple[int
     template = _mix(seed, step, 0x74656D70) % NUM_TEMPLATES
     description = _mix(seed, step, 0x64657363) % num_descriptions if num_descriptions > 0 else -1
     return int(template), int(description)
-
-
-def _autocast(device: str, precision: str):
-    if device == "cuda" and precision in ("bf16", "fp16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
